@@ -4,7 +4,7 @@ Both backends live in this one module so that a saved folder's `auto_map` can na
 `AutoImageProcessor.from_pretrained(..., backend="pil")`:
 
 - [`LlavaMedHiResImageProcessor`] (default, `backend="torchvision"`): antialiased bicubic resizing with
-  `torch.nn.functional.interpolate` in float32, on CPU or on the device given as `device=`.
+  `torch.nn.functional.interpolate` (uint8 for 8-bit input, float32 otherwise), on CPU or on `device=`.
 - [`LlavaMedHiResImageProcessorPil`] (`backend="pil"`): 8-bit PIL resizing, as in LLaVA-Med's own preprocessing.
 """
 
@@ -195,7 +195,7 @@ def _check_tensor_dtype(tensor: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 
 def _pil_to_tensor(image) -> tuple[torch.Tensor, float]:
-    """A PIL image in any mode -> (`(C, H, W)` tensor in its own bit depth, EXIF orientation applied; alpha full scale)."""
+    """A PIL image in any mode -> (`(C, H, W)` tensor in its own bit depth, EXIF-oriented; alpha full scale)."""
     mode = image.mode
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -376,7 +376,7 @@ class _LlavaMedHiResImageProcessingMixin:
         return _to_rgb(tensor, alpha_max)
 
     def _to_squares(self, images: list[torch.Tensor], image_aspect_ratio: str, image_mean) -> list[torch.Tensor]:
-        """`"pad"`: centre each `(3, H, W)` on a mean-coloured square; `"resize"`: leave it to the per-scale resize."""
+        """`"pad"`: each `(3, H, W)` centred on a mean-coloured `(3, L, L)` square; `"resize"`: left as it is."""
         if image_aspect_ratio == "resize":
             return images
         mean = image_mean if isinstance(image_mean, (list, tuple)) else (image_mean,) * 3
@@ -423,7 +423,7 @@ class LlavaMedHiResImageProcessor(_LlavaMedHiResImageProcessingMixin, Torchvisio
     r"""
     Multi-scale (S2) image processor of LlavaMedHiRes, torch backend: each image is padded to a square with the mean
     colour (or stretched), resized from that same square to every `scales` entry with antialiased bicubic
-    interpolation in float32, normalised and cut into `scales[0]`-sized tiles.
+    interpolation, normalised and cut into `scales[0]`-sized tiles.
 
     Output `pixel_values`: `(num_images, num_tiles, 3, tile_size, tile_size)`, tiles ordered by ascending scale then
     row-major, the input of `LlavaMedHiResModel`. `scales=[378, 756, 1134]` gives 1 + 4 + 9 = 14 tiles of 378 px.
@@ -504,6 +504,8 @@ class LlavaMedHiResImageProcessor(_LlavaMedHiResImageProcessingMixin, Torchvisio
         grouped, grouped_index = group_images_by_shape(squares, disable_grouping=disable_grouping)
         tiles_grouped = {}
         for shape, stacked in grouped.items():
+            if stacked.dtype == torch.uint8 and stacked.device.type == "cpu":
+                stacked = stacked.contiguous(memory_format=torch.channels_last)  # once, not once per scale
             per_scale = []
             for scale in scales:
                 # every scale from the same square, not from the previous scale
