@@ -110,3 +110,15 @@ def smollm2_tokenizer_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("smollm2_tokenizer")
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(tmp_path_factory):
+    """SmolLM2-135M-Instruct as a plain transformers folder (weights + tokenizer), e.g. for `transformers serve`."""
+    from hf_medvlm.assembly import embedded_llm_path, load_language_model
+
+    model, tokenizer = load_language_model(embedded_llm_path())
+    folder = tmp_path_factory.mktemp("smollm2")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
