@@ -213,7 +213,7 @@ def test_unfrozen_tower_and_gradient_checkpointing_give_the_same_gradients():
     def projector_and_tower_grads(checkpointing):
         model = tiny_model(SCALES3).train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         ids = prompt_ids(1, model.config.image_seq_length)
         model(input_ids=ids, pixel_values=random_pixels(1, 14), labels=ids).loss.backward()
         tower = dict(model.model.vision_tower.named_parameters())["embeddings.patch_embedding.weight"].grad
