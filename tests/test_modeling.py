@@ -267,7 +267,7 @@ def test_auto_classes_resolve_and_weights_are_safetensors(tmp_path):
     assert isinstance(AutoModel.from_pretrained(tmp_path), LlavaMedHiResModel)
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
     assert isinstance(reloaded, LlavaMedHiResForConditionalGeneration)
-    assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageTextToText"}
+    assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageTextToText", "AutoModelForMultimodalLM"}
 
 
 def test_llava_hf_config_fields_are_understood():

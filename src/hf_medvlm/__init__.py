@@ -5,7 +5,14 @@ as remote code, so `save_pretrained` writes a folder that loads with `trust_remo
 installed.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoModelForMultimodalLM,
+    AutoProcessor,
+)
 
 from .modeling import (
     LlavaMedHiResConfig,
@@ -25,6 +32,7 @@ __version__ = "0.1.0"
 AutoConfig.register(LlavaMedHiResConfig.model_type, LlavaMedHiResConfig, exist_ok=True)
 AutoModel.register(LlavaMedHiResConfig, LlavaMedHiResModel, exist_ok=True)
 AutoModelForImageTextToText.register(LlavaMedHiResConfig, LlavaMedHiResForConditionalGeneration, exist_ok=True)
+AutoModelForMultimodalLM.register(LlavaMedHiResConfig, LlavaMedHiResForConditionalGeneration, exist_ok=True)
 AutoImageProcessor.register(
     LlavaMedHiResConfig,
     image_processor_classes={"torchvision": LlavaMedHiResImageProcessor, "pil": LlavaMedHiResImageProcessorPil},

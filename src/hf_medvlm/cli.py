@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--scales", type=int, nargs="+", default=[128, 256, 384])
     quick.add_argument("--question", default="What imaging modality is shown in this image?")
     quick.set_defaults(func=_quickstart)
+
+    from .hub.cli import add_hub_commands
+
+    add_hub_commands(commands)
     return parser
 
 
@@ -45,7 +49,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"hf-medvlm {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -5,6 +5,7 @@ import json
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
 
 
 # DFN5B-CLIP ViT-H/14 at 378 px, the vision encoder of Llama3-Med.
@@ -191,5 +192,9 @@ class LlavaMedHiResConfig(PreTrainedConfig):
     def num_feature_layers(self) -> int:
         return 1 if isinstance(self.vision_feature_layer, int) else len(self.vision_feature_layer)
 
+
+# `transformers serve` loads through AutoModelForMultimodalLM only for model types listed here (otherwise it looks the
+# architecture up among transformers' own classes and fails on remote code), and names the modality from this table.
+MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES.setdefault(LlavaMedHiResConfig.model_type, "LlavaMedHiResForConditionalGeneration")
 
 __all__ = ["LlavaMedHiResConfig", "vision_tower_geometry"]

@@ -44,6 +44,7 @@ class LlavaMedHiResPreTrainedModel(LlavaPreTrainedModel):
             "AutoConfig": f"{LlavaMedHiResConfig.__module__.rsplit('.', 1)[-1]}.LlavaMedHiResConfig",
             "AutoModel": f"{module}.LlavaMedHiResModel",
             "AutoModelForImageTextToText": f"{module}.LlavaMedHiResForConditionalGeneration",
+            "AutoModelForMultimodalLM": f"{module}.LlavaMedHiResForConditionalGeneration",
         }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
