@@ -39,9 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--question", default="What imaging modality is shown in this image?")
     quick.set_defaults(func=_quickstart)
 
+    from .data.cli import add_data_commands
+    from .evaluation.cli import add_eval_commands
     from .hub.cli import add_hub_commands
 
     add_hub_commands(commands)
+    add_data_commands(commands)
+    add_eval_commands(commands)
     return parser
 
 
