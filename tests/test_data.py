@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -527,49 +526,6 @@ def test_two_generators_mix_rejections_are_reported_and_torn_lines_repaired(tmp_
 
 
 # ---------------------------------------------------------------- synthesis against a real `transformers serve`
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served_smollm2(smollm2_folder, tmp_path_factory):
-    """`transformers serve` on loopback pinned to SmolLM2-135M-Instruct; yields `(base_url, model_name)`."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
-    executable = Path(sys.executable).with_name("transformers")
-    process = subprocess.Popen(
-        [str(executable), "serve", str(smollm2_folder), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error"),
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited with {process.returncode}; see {log.name}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"transformers serve not ready after 180 s; see {log.name}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", str(smollm2_folder)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def check_synthesis_output(out, ids, processor):

@@ -3,11 +3,9 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import datasets
@@ -40,7 +38,7 @@ from hf_medvlm.evaluation.report_generation import (
 )
 from hf_medvlm.evaluation.runner import TABLE3_REFERENCES, evaluate_model, read_jsonl, results_table
 
-from conftest import TILE, TINY_CLIP, TINY_LLAMA
+from conftest import TILE, TINY_CLIP, TINY_LLAMA, free_port
 
 SCALES = [TILE, 2 * TILE]
 BATCH = 2
@@ -472,12 +470,6 @@ def test_summary_counts_every_judgement_once():
     assert summarize_judgements([])["mean_significant_errors"] is None
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_an_unreachable_judge_is_an_error_and_writes_no_judgement(tmp_path):
     from hf_medvlm.data.synthesis import ChatEndpoint, SynthesisError
 
@@ -486,41 +478,6 @@ def test_an_unreachable_judge_is_an_error_and_writes_no_judgement(tmp_path):
         judge_reports([{"id": "a", "reference": "Normal.", "prediction": "Normal."}], client, tmp_path / "j.jsonl",
                       progress=False)
     assert read_jsonl(tmp_path / "j.jsonl") == []
-
-
-@pytest.fixture(scope="module")
-def served_llm(smollm2_folder, tmp_path_factory):
-    """`transformers serve` on a free loopback port with SmolLM2-135M-Instruct; stopped with its process group."""
-    executable = Path(sys.executable).with_name("transformers")
-    if not executable.exists():
-        pytest.skip("the transformers command is not installed")
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "w") as handle:
-        server = subprocess.Popen(
-            [str(executable), "serve", str(smollm2_folder), "--host", "127.0.0.1", "--port", str(port),
-             "--device", "cpu"],
-            env=ENV, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "transformers serve not ready in 180 s:\n" + log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", str(smollm2_folder)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 @pytest.fixture(scope="module")
@@ -540,11 +497,11 @@ def reports_file(tmp_path_factory):
 
 
 def test_report_generation_and_judge_end_to_end_against_transformers_serve(
-    served_llm, model_dir, reports_file, tmp_path
+    served_smollm2, model_dir, reports_file, tmp_path
 ):
     from hf_medvlm.data.synthesis import ChatEndpoint
 
-    endpoint, served_model = served_llm
+    endpoint, served_model = served_smollm2
     judge = ChatEndpoint(endpoint, served_model, max_tokens=16, temperature=0.0)
     scores = generate_reports(model_dir, reports_file, id_column="study_id", batch_size=2, out_dir=tmp_path,
                               max_new_tokens=NEW_TOKENS, judge=judge, progress=False)
