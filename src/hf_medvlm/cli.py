@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.cli import add_data_commands
     from .evaluation.cli import add_eval_commands
     from .hub.cli import add_hub_commands
+    from .training import add_training_commands
 
+    add_training_commands(commands)
     add_hub_commands(commands)
     add_data_commands(commands)
     add_eval_commands(commands)
