@@ -22,12 +22,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from trl import ModelConfig  # SFTConfig, SFTTrainer and TrlParser load on use: the CLI imports this module
 
-from . import LlavaMedHiResConfig, LlavaMedHiResForConditionalGeneration  # noqa: F401  (registers the Auto classes)
+from . import LlavaMedHiResConfig
 
 logger = logging.getLogger(__name__)
 
@@ -337,8 +336,6 @@ def load_training_dataset(path, image_root=None, alignment_prompt=DEFAULT_ALIGNM
 
 def to_training_format(dataset, image_root, alignment_prompt=DEFAULT_ALIGNMENT_PROMPT, source="dataset"):
     """Normalise `dataset` to `images` + (`messages` | `prompt`, `completion`); see [`load_training_dataset`]."""
-    import datasets
-
     columns = set(dataset.column_names)
     if "image" in columns and "images" not in columns:
         dataset = dataset.map(lambda row: {"images": [row["image"]]}, remove_columns=["image"])

@@ -3,7 +3,8 @@
 import hashlib
 from pathlib import Path
 
-from .records import FORMS, DataReport, assistant_turn, build_dataset, read_records, user_turn
+from .card import finish_conversion
+from .records import FORMS, DataReport, assistant_turn, read_records, user_turn
 
 # Varied wordings of one request, so the connector learns the image, not a fixed prompt string.
 BRIEF_DESCRIPTION_INSTRUCTIONS = (
@@ -98,14 +99,4 @@ def alignment_pairs(
         else:
             row["messages"] = messages
         rows.append(row)
-    report.kept = len(rows)
-    dataset = build_dataset(rows, form)
-    if out is not None:
-        report.write(Path(out) / "report.json")
-    report.check(strict)
-    if out is not None:
-        from .card import dataset_card, save_dataset
-
-        card = dataset_card(dataset, report=report, form=form, kind="alignment", **(card_kwargs or {}))
-        save_dataset(dataset, out, card)
-    return dataset, report
+    return finish_conversion(rows, report, form, out, strict, card_kwargs, kind="alignment")

@@ -110,3 +110,18 @@ def push_to_hub(dataset: Dataset, repo_id: str, card: DatasetCard | None = None,
     # pushed after the card: datasets merges its `configs`/`dataset_info` metadata into the README it finds
     dataset.push_to_hub(repo_id, private=private, token=token)
     return repo_id
+
+
+def finish_conversion(rows: list[dict], report, form: str, out=None, strict: bool = False, card_kwargs=None, **card):
+    """Build the dataset from kept rows; with `out`, write the report first (so `strict` failures keep it), then
+    the dataset and its card. Returns `(dataset, report)`."""
+    from .records import build_dataset
+
+    report.kept = len(rows)
+    dataset = build_dataset(rows, form)
+    if out is not None:
+        report.write(Path(out) / "report.json")
+    report.check(strict)
+    if out is not None:
+        save_dataset(dataset, out, dataset_card(dataset, report=report, form=form, **card, **(card_kwargs or {})))
+    return dataset, report

@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from .records import FORMS, DataReport, assistant_turn, build_dataset, read_records, user_turn
+from .card import finish_conversion
+from .records import FORMS, DataReport, assistant_turn, read_records, user_turn
 
 IMAGE_PLACEHOLDER = "<image>"
 USER_ROLES = {"human": "user", "user": "user"}
@@ -131,14 +132,4 @@ def from_llava_med(
             continue
         row["id"] = record_id
         rows.append(row)
-    report.kept = len(rows)
-    dataset = build_dataset(rows, form)
-    if out is not None:
-        report.write(Path(out) / "report.json")
-    report.check(strict)
-    if out is not None:
-        from .card import dataset_card, save_dataset
-
-        card = dataset_card(dataset, report=report, form=form, **(card_kwargs or {}))
-        save_dataset(dataset, out, card)
-    return dataset, report
+    return finish_conversion(rows, report, form, out, strict, card_kwargs)
