@@ -17,6 +17,28 @@ def _quickstart(args) -> None:
     run_quickstart(out_dir=args.out, scales=args.scales, question=args.question)
 
 
+def _demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(out_dir=args.out, quick=args.quick, seed=args.seed, stage2=args.stage2, progress=not args.no_progress)
+
+
+def _bench_fine_detail(args) -> None:
+    from .demo import run_fine_detail_bench
+
+    run_fine_detail_bench(out_dir=args.out, quick=args.quick, seed=args.seed, stage2=args.stage2,
+                          progress=not args.no_progress)
+
+
+def _run_options(parser, out: str) -> None:
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--quick", action="store_true", help="a few steps on a few slices (for tests)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stage2", default="lora", choices=["lora", "instruction"],
+                        help="stage 2: LoRA on the LLM + projector, or projector + whole LLM")
+    parser.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-medvlm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--scales", type=int, nargs="+", default=[128, 256, 384])
     quick.add_argument("--question", default="What imaging modality is shown in this image?")
     quick.set_defaults(func=_quickstart)
+
+    demo = commands.add_parser(
+        "demo",
+        help="offline, on a CPU: fine-detail data, stage 1 and stage 2 training, evaluation, Hub export and a "
+        "fresh-process reload of a SmolLM2-135M model with a random vision tower",
+    )
+    _run_options(demo, "outputs/demo")
+    demo.set_defaults(func=_demo)
+
+    bench = commands.add_parser("bench", help="benchmarks that train and evaluate")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    fine = benches.add_parser(
+        "fine-detail", help="1 scale against 3 scales on the fine-detail phantoms, same data and step budget"
+    )
+    _run_options(fine, "outputs/bench-fine-detail")
+    fine.set_defaults(func=_bench_fine_detail)
 
     from .data.cli import add_data_commands
     from .evaluation.cli import add_eval_commands

@@ -27,6 +27,21 @@ print(json.dumps({"ids": output[0, inputs["input_ids"].shape[1]:].tolist(), "cla
 """
 
 
+def reload_and_answer(folder, image_path, prompt: str, new_tokens: int) -> dict:
+    """Load `folder` in a fresh Python process, offline, with `AutoModelForImageTextToText` + `trust_remote_code`,
+    and answer `prompt` (already chat-formatted) about the image greedily. Returns `{"ids", "class"}`: the generated
+    token ids and the module the model class came from (`transformers_modules...` for remote code)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(RELOAD_AND_ANSWER), str(folder), str(image_path), prompt,
+         str(new_tokens)],
+        capture_output=True, text=True, env=env, check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"reloading {folder} in a fresh process failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def _ct_slice():
     """CT_small.dcm from pydicom's wheel: a real 16-bit CT slice, windowed for soft tissue."""
     from pydicom.data import get_testdata_file
@@ -69,14 +84,7 @@ def run_quickstart(out_dir="outputs/quickstart", scales=(128, 256, 384), questio
     report["export_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(RELOAD_AND_ANSWER), str(export), str(image_path), prompt, str(new_tokens)],
-        capture_output=True, text=True, env=env, check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"reloading the export in a fresh process failed:\n{result.stderr[-3000:]}")
-    reloaded = json.loads(result.stdout.strip().splitlines()[-1])
+    reloaded = reload_and_answer(export, image_path, prompt, new_tokens)
     report["reload_s"] = time.perf_counter() - tick
     report["reloaded_with_remote_code"] = reloaded["class"].startswith("transformers_modules")
     report["reloaded_answer_matches"] = reloaded["ids"] == answer_ids

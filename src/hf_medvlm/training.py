@@ -478,6 +478,9 @@ def train(recipe, callbacks=None) -> TrainResult:
     if "messages" in train_dataset.column_names and not training_args.assistant_only_loss:
         logger.warning("conversational data with assistant_only_loss: false trains on user turns and image tokens too")
 
+    from transformers import set_seed
+
+    set_seed(training_args.seed)  # a newly built model's random weights follow the recipe's seed too
     model, processor = load_or_build(model_args)
     output_dir = Path(training_args.output_dir)
     record = apply_stage(model, model_args.stage, model_args.train_vision_tower)

@@ -1,7 +1,8 @@
 """Medical VQA benchmarks (VQA-RAD, SLAKE, PathVQA): loaders, open/closed assignment, split statistics (Table 2).
 
 Every loader returns a `datasets.Dataset` with the same columns, whatever the source:
-`id` (str, stable across runs: the row index for VQA-RAD and PathVQA, `qid` for SLAKE), `image` (`datasets.Image`),
+`id` (str, stable across runs: the source's `id` column, else the row index for VQA-RAD and PathVQA; `qid` for
+SLAKE), `image` (`datasets.Image`),
 `question`, `answer` and `answer_type` ("open" or "closed").
 
 Open/closed assignment follows the LLaVA-Med protocol: VQA-RAD and PathVQA questions whose answer is "yes" or "no"
@@ -48,14 +49,18 @@ BENCHMARKS = {
         {"train": (2599, 19755, 9949, 9806), "validation": (858, 6279, 3144, 3135), "test": (858, 6761, 3370, 3391)},
     ),
 }
-_ALIASES = {"vqarad": "vqa-rad", "slake": "slake", "slakeen": "slake", "pathvqa": "path-vqa", "vqapath": "path-vqa"}
+# generated locally (`hf_medvlm.fine_detail`), not part of Table 3: evaluated through the same code, reported apart
+FINE_DETAIL = Benchmark("fine-detail", "", "Fine-detail phantoms", {})
+_ALIASES = {"finedetail": "fine-detail", "vqarad": "vqa-rad", "slake": "slake", "slakeen": "slake", "pathvqa": "path-vqa", "vqapath": "path-vqa"}
 
 
 def get_benchmark(name: str) -> Benchmark:
     """The benchmark called `name` ("vqa-rad", "slake", "path-vqa"; case, dashes and underscores do not matter)."""
     key = _ALIASES.get("".join(c for c in str(name).lower() if c.isalnum()))
+    if key == FINE_DETAIL.name:
+        return FINE_DETAIL
     if key is None:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}, {FINE_DETAIL.name}")
     return BENCHMARKS[key]
 
 
@@ -192,6 +197,11 @@ def load_benchmark(name: str, split: str = "test", data=None, *, cache_dir=None)
     `test.json` and `imgs/`), or one parquet/JSON/CSV file (image paths relative to the file's folder).
     """
     benchmark = get_benchmark(name)
+    if data is None and not benchmark.hub_id:
+        raise ValueError(
+            f"{benchmark.name} is generated locally, not downloaded: write it with `hf-medvlm data fine-detail OUT` "
+            "and pass --data OUT/test.jsonl"
+        )
     source = str(data) if data is not None else benchmark.hub_id
     if benchmark.name == "slake":
         dataset = _load_slake(source, split, cache_dir)
@@ -201,8 +211,9 @@ def load_benchmark(name: str, split: str = "test", data=None, *, cache_dir=None)
 
         def standardise(batch, indices):
             answers = [str(answer) for answer in batch["answer"]]
+            ids = batch["id"] if "id" in batch else indices  # a source's own ids are kept
             return {
-                "id": [str(index) for index in indices],
+                "id": [str(value) for value in ids],
                 "answer": answers,
                 "answer_type": [answer_type_from_answer(answer) for answer in answers],
             }

@@ -239,7 +239,8 @@ def evaluate_model(
     progress=True, cache_dir=None,
 ):
     """
-    Zero-shot evaluation of a saved model on one benchmark split ("vqa-rad", "slake", "path-vqa"), as in Table 3.
+    Zero-shot evaluation of a saved model on one benchmark split ("vqa-rad", "slake", "path-vqa"), as in Table 3;
+    also "fine-detail" (`hf_medvlm.fine_detail`, read from `data`), whose metrics stay out of the Table 3 files.
 
     `data` reads the benchmark from a local folder/file or another Hub id (see `load_benchmark`); `limit` keeps the
     first N questions; `prompt` formats the question (`"{question}"`); answers are greedy, at most `max_new_tokens`.
@@ -287,6 +288,9 @@ def evaluate_model(
         "metrics": metrics,
     }
     _write_json(run_dir / "metrics.json", summary)
+    if benchmark.name not in BENCHMARKS:  # not a Table 3 benchmark: its metrics stand alone
+        print(json.dumps({"dataset": benchmark.name, "questions": len(records), **metrics}, indent=1))
+        return {**summary, "table": None}
     table = write_results(out_dir, split)
     print(format_results_markdown(table))
     return {**summary, "table": table}
