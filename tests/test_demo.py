@@ -160,7 +160,9 @@ def test_bench_fine_detail_quick_reports_both_arms_on_the_same_questions(tmp_pat
     report = json.loads((tmp_path / "fine_detail.json").read_text())
     arms = report["arms"]
     assert list(arms) == ["1 scale [96]", "3 scales [96, 192, 288]"]
-    questions = {name: {kind: entry["questions"] for kind, entry in arm["by_kind"].items()} for name, arm in arms.items()}
+    questions = {
+        name: {kind: entry["questions"] for kind, entry in arm["by_kind"].items()} for name, arm in arms.items()
+    }
     assert questions["1 scale [96]"] == questions["3 scales [96, 192, 288]"]
     for name, scales in (("scales-1", [96]), ("scales-3", [96, 192, 288])):
         config = json.loads((tmp_path / name / "stage2_merged" / "config.json").read_text())

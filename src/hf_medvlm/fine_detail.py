@@ -112,7 +112,8 @@ def phantom_slice(seed: int, index: int, size: int = 288, lesions: int | None = 
         for _ in range(200):
             y = rng.uniform(0.5, 1.0) * centre if quadrant < 2 else centre + rng.uniform(0.0, 0.5) * centre
             x = rng.uniform(0.5, 1.0) * centre if quadrant % 2 == 0 else centre + rng.uniform(0.0, 0.5) * centre
-            clear = int((LESION_RADIUS[1] + 2) * scale)  # the lesion and its surroundings lie in tissue, clear of the quadrant borders
+            # the lesion and its surroundings lie in tissue, clear of the quadrant borders
+            clear = int((LESION_RADIUS[1] + 2) * scale)
             window = allowed[int(y) - clear:int(y) + clear + 1, int(x) - clear:int(x) + clear + 1]
             if min(abs(y - centre), abs(x - centre)) > 0.06 * size and window.size and window.all():
                 break
