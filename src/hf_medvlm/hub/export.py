@@ -2,6 +2,7 @@
 
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import transformers
@@ -11,8 +12,11 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 logger = logging.getLogger(__name__)
 
-# the top-level template of this repository (src/hf_medvlm/hub/export.py -> repository root)
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[3] / "model_card.md"
+# the repository's top-level template (src/hf_medvlm/hub/export.py -> repository root) in a source checkout or an
+# editable install; a built wheel installs the same file as data under <prefix>/share/hf-medvlm/
+_SOURCE_TEMPLATE = Path(__file__).resolve().parents[3] / "model_card.md"
+_INSTALLED_TEMPLATE = Path(sys.prefix) / "share" / "hf-medvlm" / "model_card.md"
+MODEL_CARD_TEMPLATE = _SOURCE_TEMPLATE if _SOURCE_TEMPLATE.is_file() else _INSTALLED_TEMPLATE
 HANDLER_TEMPLATE = Path(__file__).with_name("endpoint_handler.py")
 EXAMPLE_IMAGE = "example.png"
 EXAMPLE_QUESTION = "What imaging modality is shown in this image?"
