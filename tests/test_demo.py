@@ -100,7 +100,10 @@ def test_bad_requests_are_refused(tmp_path):
 
 
 def test_the_evaluation_loader_keeps_ids_and_splits_open_from_closed(tmp_path):
-    paths = fine_detail.make_fine_detail_set(tmp_path, train=1, test=4, seed=0, progress=False)["paths"]
+    result = _cli("data", "fine-detail", str(tmp_path), "--train", "1", "--test", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--dataset fine-detail" in result.stdout
+    paths = {"test": tmp_path / "test.jsonl"}
     dataset = load_benchmark("fine_detail", "test", data=paths["test"])
     rows = [json.loads(line) for line in paths["test"].read_text().splitlines()]
     assert dataset["id"] == [row["id"] for row in rows]

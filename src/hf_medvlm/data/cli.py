@@ -94,12 +94,32 @@ def _hub_options(parser) -> None:
     parser.add_argument("--public", action="store_true", help="make the pushed repository public (private otherwise)")
 
 
+def _fine_detail(args) -> None:
+    from ..fine_detail import make_fine_detail_set
+
+    written = make_fine_detail_set(args.out, train=args.train, test=args.test, size=args.size, seed=args.seed)
+    counts = written["manifest"]["questions"]
+    print(f"wrote {args.out}: questions per kind {counts}; evaluate with "
+          f"`hf-medvlm eval --dataset fine-detail --data {written['paths']['test']} --model MODEL`")
+
+
 def add_data_commands(subparsers) -> argparse.ArgumentParser:
-    """Add `data from-llava-med`, `data alignment` and `data synthesize` to an argparse subparsers object."""
+    """Add `data from-llava-med`, `data alignment`, `data synthesize` and `data fine-detail` to an argparse
+    subparsers object."""
     data = subparsers.add_parser(
         "data", help="biomedical instruction data: LLaVA-Med files, alignment pairs, synthesis"
     )
     commands = data.add_subparsers(dest="data_command", required=True)
+
+    fine = commands.add_parser(
+        "fine-detail", help="procedural CT phantoms with lesions visible only at high resolution (captions, QA, test)"
+    )
+    fine.add_argument("out")
+    fine.add_argument("--train", type=int, default=384, help="training slices")
+    fine.add_argument("--test", type=int, default=128, help="test slices")
+    fine.add_argument("--size", type=int, default=288, help="slice side in pixels")
+    fine.add_argument("--seed", type=int, default=0)
+    fine.set_defaults(func=_fine_detail)
 
     ingest = commands.add_parser(
         "from-llava-med", help="convert a LLaVA-Med JSON/JSONL file into a datasets folder, with a rejection report"

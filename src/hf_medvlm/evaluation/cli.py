@@ -76,7 +76,7 @@ def add_eval_commands(subparsers) -> None:
         "eval", help="zero-shot medical VQA (VQA-RAD, SLAKE, PathVQA) scored as in Table 3; a rerun resumes"
     )
     _generation_options(run)
-    run.add_argument("--dataset", required=True, help="vqa-rad, slake or path-vqa")
+    run.add_argument("--dataset", required=True, help="vqa-rad, slake, path-vqa, or fine-detail (with --data)")
     run.add_argument("--data", default=None,
                      help="local folder/parquet/JSON file (or another Hub id) in the benchmark's schema")
     run.add_argument("--batch-size", type=int, default=8)
