@@ -17,17 +17,22 @@ def _quickstart(args) -> None:
     run_quickstart(out_dir=args.out, scales=args.scales, question=args.question)
 
 
-def _demo(args) -> None:
-    from .demo import run_demo
+def _plan_changes(args) -> dict:
+    return {name: getattr(args, name) for name in ("train", "test", "stage1_steps", "stage2_steps", "batch_size")}
 
-    run_demo(out_dir=args.out, quick=args.quick, seed=args.seed, stage2=args.stage2, progress=not args.no_progress)
+
+def _demo(args) -> None:
+    from .demo import DEMO_PLANS, plan_with, run_demo
+
+    run_demo(out_dir=args.out, quick=args.quick, seed=args.seed, stage2=args.stage2, progress=not args.no_progress,
+             plan=plan_with(DEMO_PLANS, args.quick, **_plan_changes(args)))
 
 
 def _bench_fine_detail(args) -> None:
-    from .demo import run_fine_detail_bench
+    from .demo import BENCH_PLANS, plan_with, run_fine_detail_bench
 
     run_fine_detail_bench(out_dir=args.out, quick=args.quick, seed=args.seed, stage2=args.stage2,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, plan=plan_with(BENCH_PLANS, args.quick, **_plan_changes(args)))
 
 
 def _run_options(parser, out: str) -> None:
@@ -37,6 +42,9 @@ def _run_options(parser, out: str) -> None:
     parser.add_argument("--stage2", default="lora", choices=["lora", "instruction"],
                         help="stage 2: LoRA on the LLM + projector, or projector + whole LLM")
     parser.add_argument("--no-progress", action="store_true")
+    for name, what in (("train", "training slices"), ("test", "test slices"), ("stage1-steps", "stage-1 steps"),
+                       ("stage2-steps", "stage-2 steps"), ("batch-size", "per-device batch size")):
+        parser.add_argument(f"--{name}", type=int, default=None, help=f"{what} (default: the plan's)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,13 @@ DEMO_PLANS = {"full": Plan(96, 32, 12, 24), "quick": Plan(8, 4, 2, 2, batch_size
 BENCH_PLANS = {"full": Plan(384, 128, 24, 48), "quick": Plan(8, 4, 1, 1, batch_size=4)}
 
 
+def plan_with(plans: dict, quick: bool, **changes) -> Plan:
+    """`plans["quick" or "full"]` with the fields in `changes` that are not None replaced."""
+    from dataclasses import replace
+
+    return replace(plans["quick" if quick else "full"], **{k: v for k, v in changes.items() if v is not None})
+
+
 def _recipe(plan: Plan, seed: int, output_dir: Path, progress: bool) -> dict:
     return dict(
         output_dir=str(output_dir), dtype="float32", per_device_train_batch_size=plan.batch_size,
@@ -111,9 +118,9 @@ def _held_out_question(data: dict) -> dict:
 
 
 def run_demo(out_dir="outputs/demo", quick: bool = False, seed: int = 0, stage2: str = "lora",
-             progress: bool = True) -> dict:
+             progress: bool = True, plan: Plan | None = None) -> dict:
     """Data, stage 1, stage 2, evaluation, export, a fresh-process reload and one answer; returns the report, which is
-    also written to `out_dir/report.json` and printed."""
+    also written to `out_dir/report.json` and printed. `plan` replaces `DEMO_PLANS["quick" or "full"]`."""
     import torch
 
     from .evaluation.runner import load_model_and_processor
@@ -121,7 +128,7 @@ def run_demo(out_dir="outputs/demo", quick: bool = False, seed: int = 0, stage2:
     from .hub import export_model
     from .quickstart import reload_and_answer
 
-    plan = DEMO_PLANS["quick" if quick else "full"]
+    plan = plan or DEMO_PLANS["quick" if quick else "full"]
     out_dir = Path(out_dir)
     started = time.perf_counter()
     print(
@@ -210,12 +217,13 @@ def format_demo_report(report: dict) -> str:
 
 
 def run_fine_detail_bench(out_dir="outputs/bench-fine-detail", quick: bool = False, seed: int = 0,
-                          stage2: str = "lora", progress: bool = True) -> dict:
+                          stage2: str = "lora", progress: bool = True, plan: Plan | None = None) -> dict:
     """Train the same model with `scales=[96]` and with `[96, 192, 288]` on the same data and step budget, evaluate
-    both on the same test slices, and write `fine_detail.json` and `fine_detail.md` to `out_dir`."""
+    both on the same test slices, and write `fine_detail.json` and `fine_detail.md` to `out_dir`. `plan` replaces
+    `BENCH_PLANS["quick" or "full"]`."""
     from .fine_detail import constant_baselines, format_scores, make_fine_detail_set
 
-    plan = BENCH_PLANS["quick" if quick else "full"]
+    plan = plan or BENCH_PLANS["quick" if quick else "full"]
     out_dir = Path(out_dir)
     data = make_fine_detail_set(out_dir / "data", plan.train, plan.test, size=SCALES[-1], seed=seed,
                                 progress=progress)["paths"]
