@@ -170,9 +170,12 @@ def test_bench_fine_detail_quick_reports_both_arms_on_the_same_questions(tmp_pat
     for name, scales in (("scales-1", [96]), ("scales-3", [96, 192, 288])):
         config = json.loads((tmp_path / name / "stage2_merged" / "config.json").read_text())
         assert config["scales"] == scales
+    for arm in arms.values():  # the probe saw the same slices through each arm's own tower
+        assert arm["probe"]["train_slices"] == 8 and arm["probe"]["test_slices"] == 4
+        assert 0.0 <= arm["probe"]["test_accuracy"] <= 100.0
     markdown = (tmp_path / "fine_detail.md").read_text()
     assert "| 1 scale [96] |" in markdown and "| 3 scales [96, 192, 288] |" in markdown
-    assert "most common answer" in markdown
+    assert "most common answer" in markdown and "Linear probe" in markdown
 
 
 @pytest.mark.slow

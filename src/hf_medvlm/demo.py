@@ -216,6 +216,69 @@ def format_demo_report(report: dict) -> str:
 # hf-medvlm bench fine-detail
 
 
+def _pooled_features(model, processor, images, batch: int = 32):
+    """The S2-merged tower features of `images` (before the projector): `(N, image_seq_length, C x len(scales))`."""
+    import torch
+
+    pooled = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            pixels = processor.image_processor(images[start:start + batch], return_tensors="pt")["pixel_values"]
+            inner, config = model.model, model.config
+            tiles = inner.encode_tiles(pixels, config.vision_feature_layer, config.vision_feature_select_strategy)
+            pooled.append(inner.merge_scales(tiles, config.vision_feature_select_strategy))
+    return torch.cat(pooled)
+
+
+def linear_probe(model_dir, data: dict, steps: int = 500) -> dict:
+    """How well the frozen tower's features, as merged at the model's scales, tell slices with lesions from those
+    without: an L2-regularised logistic regression on token-pooled features, fitted on the training slices and scored
+    (accuracy, %) on the test slices. It bounds what the projector and LLM can read, with no LLM in the way."""
+    import torch
+    from PIL import Image
+
+    from .evaluation.runner import load_model_and_processor
+
+    model, processor = load_model_and_processor(model_dir)
+    manifest = json.loads(Path(data["manifest"]).read_text())
+    root = Path(data["manifest"]).parent
+    splits = {}
+    for split in ("train", "test"):
+        slices = manifest["slices"][split]
+        images = [Image.open(root / row["image"]) for row in slices]
+        labels = torch.tensor([float(bool(row["lesions"])) for row in slices])
+        splits[split] = (_pooled_features(model, processor, images), labels)
+    mean = splits["train"][0].mean(0, keepdim=True)  # per-position anatomy, removed so lesions stand out
+
+    def pool(features):
+        centred = features - mean
+        return torch.cat([centred.abs().amax(1), centred.std(1)], dim=-1)
+
+    train_x, test_x = pool(splits["train"][0]), pool(splits["test"][0])
+    centre, scale = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, test_x = (train_x - centre) / scale, (test_x - centre) / scale
+    train_y, test_y = splits["train"][1], splits["test"][1]
+    weight = torch.zeros(train_x.shape[1], requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=steps)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(train_x @ weight + bias, train_y)
+        loss = loss + 1e-2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        def accuracy(x, y):
+            return 100.0 * ((x @ weight + bias > 0).float() == y).float().mean().item()
+
+        return {"train_accuracy": accuracy(train_x, train_y), "test_accuracy": accuracy(test_x, test_y),
+                "train_slices": len(train_y), "test_slices": len(test_y)}
+
+
+
 def run_fine_detail_bench(out_dir="outputs/bench-fine-detail", quick: bool = False, seed: int = 0,
                           stage2: str = "lora", progress: bool = True, plan: Plan | None = None) -> dict:
     """Train the same model with `scales=[96]` and with `[96, 192, 288]` on the same data and step budget, evaluate
@@ -230,11 +293,13 @@ def run_fine_detail_bench(out_dir="outputs/bench-fine-detail", quick: bool = Fal
     arms = {}
     for name, scales in (("1 scale [96]", [BASE]), ("3 scales [96, 192, 288]", SCALES)):
         print(f"--- {name}")
-        arms[name] = train_and_evaluate(out_dir / f"scales-{len(scales)}", data, scales, plan, seed, stage2, progress)
+        work = out_dir / f"scales-{len(scales)}"
+        arms[name] = train_and_evaluate(work, data, scales, plan, seed, stage2, progress)
+        arms[name]["probe"] = linear_probe(work / "stage1", data)  # stage 1 leaves the tower as built
     test_rows = [json.loads(line) for line in Path(data["test"]).open()]
     result = {
         "seed": seed, "quick": quick, "stage2": stage2, "plan": asdict(plan),
-        "arms": {name: {key: arm[key] for key in ("by_kind", "metrics", "timings_s", "losses")}
+        "arms": {name: {key: arm[key] for key in ("by_kind", "metrics", "timings_s", "losses", "probe")}
                  for name, arm in arms.items()},
         "constant_answer": constant_baselines(test_rows),
     }
@@ -259,4 +324,8 @@ def format_bench(result: dict) -> str:
         format_scores({name: arm["by_kind"] for name, arm in result["arms"].items()}),
         "",
         f"Always giving the most common answer scores: {baseline}.",
+        "",
+        "Linear probe on each arm's frozen tower (presence, from token-pooled merged features; no LLM): "
+        + ", ".join(f"{name} {arm['probe']['test_accuracy']:.1f}% on {arm['probe']['test_slices']} test slices"
+                    for name, arm in result["arms"].items()) + ".",
     ])

@@ -6,8 +6,8 @@ reticulation: diagonal stripes three pixels apart, swinging by 90 grey levels, w
 Averaged to the base scale (a third of the full size) the stripes cancel and the focus vanishes into the texture; at
 full resolution it is plain to see. Whether a model can answer therefore depends on the resolution it sees, which is
 what multi-scale tiling is meant to supply. A frozen, randomly initialised ViT already separates slices with and
-without lesions from its 3-scale features but not from its base-scale features (a linear probe on pooled features of
-384 slices, tested on 128: 97.7% against 53.9%).
+without lesions from its 3-scale features but not from its base-scale features: `hf-medvlm bench fine-detail`
+reports this linear probe beside the trained models (seed 0: 93.0% against 53.9% on 128 test slices).
 
 Written by [`make_fine_detail_set`]:
 
