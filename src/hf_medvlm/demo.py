@@ -11,6 +11,7 @@ whole LLM) on presence, count and quadrant questions.
 """
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -95,6 +96,8 @@ def train_and_evaluate(work, data: dict, scales, plan: Plan, seed: int = 0, stag
         losses[name] = [entry["loss"] for entry in run.log_history if "loss" in entry]
 
     tick = time.perf_counter()
+    # the model was just trained: predictions an earlier run left here must not be resumed as if they were its own
+    shutil.rmtree(work / "eval", ignore_errors=True)
     evaluation = evaluate_model(
         model_dir, "fine-detail", data=str(data["test"]), out_dir=work / "eval", batch_size=16,
         max_new_tokens=plan.max_new_tokens, progress=progress,
